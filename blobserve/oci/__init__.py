@@ -1,0 +1,1 @@
+"""Talking to image sources: references, registries, layouts and layer unpacking."""
