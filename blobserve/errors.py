@@ -29,6 +29,21 @@ class BlobserveError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple:
+        keywords = {
+            "reference": self.reference,
+            "digest": self.digest,
+            "upstream_status": self.upstream_status,
+        }
+        return (_rebuild, (type(self), self.message, keywords))
+
+
+def _rebuild(
+    cls: type[BlobserveError], message: str, keywords: dict
+) -> BlobserveError:
+    """Recreate an error that crossed a process boundary, with all its fields."""
+    return cls(message, **keywords)
+
 
 class InvalidReference(BlobserveError):
     """An image reference or request path that cannot be parsed."""
