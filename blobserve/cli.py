@@ -1,0 +1,87 @@
+"""Operator commands: `flask prefetch <image>...` and the `blobserve` console script."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from .errors import BlobserveError
+from .oci.reference import parse_reference
+
+PROGRESS_INTERVAL = 0.2
+
+
+@click.command("prefetch")
+@click.argument("images", nargs=-1, required=True)
+@with_appcontext
+def prefetch_command(images: tuple[str, ...]) -> None:
+    """Pull IMAGES into the configured blob space (reference, digest, bytes, seconds)."""
+    service = current_app.extensions["blobserve"]
+    failures = []
+
+    for text in images:
+        started = time.monotonic()
+        try:
+            ref = parse_reference(text)
+            tree = service.puller.pull(ref, _progress(text, started))
+        except (BlobserveError, OSError) as exc:
+            _clear_progress()
+            click.echo(f"{text}: failed: {exc}", err=True)
+            failures.append(text)
+            continue
+        _clear_progress()
+        info = service.space.info(tree.key)
+        size = info.bytes if info is not None else 0
+        seconds = time.monotonic() - started
+        click.echo(f"{ref}\t{tree.image.manifest_digest}\t{size}\t{seconds:.2f}s")
+
+    if failures:
+        raise click.ClickException(f"{len(failures)} of {len(images)} images failed")
+
+
+def _progress(text: str, started: float) -> Callable[[int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    pulled = 0
+    shown = 0.0
+
+    def report(count: int) -> None:
+        nonlocal pulled, shown
+        pulled += count
+        now = time.monotonic()
+        if now - shown >= PROGRESS_INTERVAL:
+            shown = now
+            line = f"{text}: {pulled / 1e6:.1f} MB pulled, {now - started:.1f}s"
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+
+    return report
+
+
+def _clear_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
+def _create_app():  # type: ignore[no-untyped-def]
+    from . import create_app
+    from .config import ConfigError
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def main() -> None:
+    """The `blobserve` command: Flask's CLI bound to this app, no FLASK_APP needed."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    cli = FlaskGroup(create_app=_create_app, add_version_option=False)
+    cli.main(prog_name="blobserve")

@@ -1,0 +1,153 @@
+"""One serving process's state: config, blob space, puller and readiness."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+
+from .cache import BlobSpace
+from .config import Config
+from .errors import BlobserveError
+from .oci.reference import Reference, parse_reference
+from .oci.registry import ClientOptions, Observer
+from .oci.sources import SourceSpec
+from .workers import PullEvents, Puller, PullerSettings, Replacements, Tree
+
+log = logging.getLogger(__name__)
+
+REGISTRY_CHECK_INTERVAL = 10.0
+
+
+def source_spec(config: Config) -> SourceSpec:
+    """The picklable description of the image sources a config names."""
+    options = ClientOptions(
+        platform=config.platform,
+        insecure_registries=config.insecure_registries,
+    )
+    layouts = tuple(sorted(config.layouts.items()))
+    return SourceSpec(options=options, docker_auth=config.docker_auth, layouts=layouts)
+
+
+def prepull_references(config: Config) -> list[Reference]:
+    """The references listed under `prePull`, tags and digests alike."""
+    refs = []
+    for name, repo in sorted(config.repos.items()):
+        for entry in repo.prepull:
+            separator = "" if entry.startswith("@") else ":"
+            if entry.startswith("sha256:"):
+                separator = "@"
+            refs.append(parse_reference(f"{name}{separator}{entry}"))
+    return refs
+
+
+class Service:
+    """Everything a request handler needs, created once per process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        isolate: bool = True,
+        events: PullEvents | None = None,
+        observe: Observer | None = None,
+    ) -> None:
+        self.config = config
+        self.space = BlobSpace(
+            config.blob_space.location, config.blob_space.max_size_bytes
+        )
+        settings = PullerSettings(
+            spec=source_spec(config),
+            limits=config.limits,
+            tag_ttl=config.tag_ttl,
+            workers=config.prefetch_workers,
+            isolate=isolate,
+        )
+        self.puller = Puller(
+            self.space, settings, self.replacements_for, events, observe
+        )
+        self.readiness = Readiness(self)
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def replacements_for(self, ref: Reference) -> Replacements:
+        repo = self.config.repo(ref.name)
+        if repo is None:
+            return ()
+        return tuple((r.path, r.search, r.replacement) for r in repo.replacements)
+
+    def start(self) -> None:
+        """Start pre-pulling the configured images (once per process)."""
+        if self._started:
+            return
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        self.readiness.start()
+
+
+class Readiness:
+    """Whether this process should receive traffic; cheap to ask, never blocking.
+
+    Not ready until every `prePull` image is in the blob space, nor while a
+    registry in use cannot be reached. Registries are checked in the background
+    at most every REGISTRY_CHECK_INTERVAL seconds; a probe only reads the result.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._prepulls: dict[str, Future[Tree]] = {}
+        self._registry_problem: str | None = None
+        self._checked = 0.0
+        self._checking = threading.Lock()
+
+    def start(self) -> None:
+        for ref in prepull_references(self._service.config):
+            self._prepulls[str(ref)] = self._service.puller.submit(ref)
+
+    def problem(self) -> str | None:
+        """A one-line reason this process is not ready, or None when it is."""
+        self._service.start()
+        for name, future in self._prepulls.items():
+            if not future.done():
+                return f"pre-pulling {name}"
+            error = future.exception()
+            if error is not None:
+                self._retry(name)
+                return f"pre-pull of {name} failed: {error}"
+        self._maybe_check_registries()
+        return self._registry_problem
+
+    def _retry(self, name: str) -> None:
+        ref = parse_reference(name)
+        self._prepulls[name] = self._service.puller.submit(ref)
+
+    def _maybe_check_registries(self) -> None:
+        if time.monotonic() - self._checked < REGISTRY_CHECK_INTERVAL:
+            return
+        if not self._checking.acquire(blocking=False):
+            return
+        self._checked = time.monotonic()
+        thread = threading.Thread(target=self._check_registries, daemon=True)
+        thread.start()
+
+    def _check_registries(self) -> None:
+        try:
+            config = self._service.config
+            sources = self._service.puller.sources
+            registries = {
+                parse_reference(f"{name}:probe").registry
+                for name in config.repos
+                if name not in config.layouts
+            }
+            problem = None
+            for registry in sorted(registries):
+                try:
+                    sources.registry.ping(registry)
+                except BlobserveError as exc:
+                    problem = str(exc)
+            self._registry_problem = problem
+        finally:
+            self._checking.release()
