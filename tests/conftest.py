@@ -1,0 +1,88 @@
+"""Fixtures shared by the tests: real registries, a blob space and an image factory.
+
+The logic lives in ``imagebuilder.py`` and ``registries.py``; these fixtures only
+start, hand out and stop. A registry that fails to start stops what it had started
+before the error reaches pytest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import Built, ImageSpec, IndexSpec, Spec
+from registries import (
+    ImageFactory,
+    Registry,
+    TokenServer,
+    build_and_push,
+    unique_repo,
+)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """An anonymous docker-registry, reached at ``registry.url``."""
+    with Registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A docker-registry asking for htpasswd Basic auth (``.user``, ``.password``)."""
+    users = {"blobserve": secrets.token_urlsafe(12)}
+    with Registry(tmp_path_factory.mktemp("auth-registry"), users=users) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A docker-registry asking for bearer tokens from ``.token_server``.
+
+    ``.user``/``.password`` may do anything; anyone may pull ``public/*``.
+    """
+    root = tmp_path_factory.mktemp("token-registry")
+    users = {"blobserve": secrets.token_urlsafe(12)}
+    with TokenServer(root / "token-server", users=users) as server:
+        with Registry(root / "registry", token_server=server) as running:
+            yield running
+
+
+@pytest.fixture
+def blob_space(tmp_path: Path) -> Path:
+    """An empty directory for one test's blob space."""
+    path = tmp_path / "blob-space"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def image_factory(request: pytest.FixtureRequest, tmp_path: Path) -> ImageFactory:
+    """Build an image and push it in one call; returns ``(reference, digests)``.
+
+    ``image_factory(image, *, registry=None, repo=None, tag="latest", format=None)``
+    takes an ``ImageSpec``, an ``IndexSpec`` (pushed whole) or a mapping of paths to
+    contents (one gzip layer). It pushes to the anonymous ``registry`` fixture
+    unless given another, into a fresh repository unless given ``repo``.
+    """
+    layouts = itertools.count()
+
+    def make(
+        image: ImageSpec | IndexSpec | Spec,
+        *,
+        registry: Registry | None = None,
+        repo: str | None = None,
+        tag: str = "latest",
+        format: str | None = None,
+    ) -> tuple[str, Built]:
+        target = registry or request.getfixturevalue("registry")
+        layout = tmp_path / f"layout-{next(layouts)}"
+        return build_and_push(
+            target, image, layout, repo or unique_repo(), tag, format=format
+        )
+
+    return make
