@@ -480,7 +480,7 @@ class TokenServer:
             openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
             "-days", "7", "-subj", "/CN=blobserve test token server",
             "-keyout", str(self.key_path), "-out", str(self.cert_path),
-        ]  # fmt: skip
+        ]  # fmt: skip (each flag beside its value)
         subprocess.run(command, check=True, capture_output=True)
         certificate = ssl.PEM_cert_to_DER_cert(self.cert_path.read_text())
         self._x5c = base64.b64encode(certificate).decode()
@@ -591,6 +591,16 @@ class _TokenHandler(BaseHTTPRequestHandler):
 
 
 # --- the registry ---------------------------------------------------------------------
+
+
+def _with_parent_death_signal(command: list[str]) -> list[str]:
+    """Prefix ``setpriv --pdeathsig TERM`` so the process ends if pytest is killed.
+
+    The signal follows the thread that started the process: start registries from
+    a thread that lives as long as they should (pytest's main thread does).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 class Registry:
@@ -830,12 +840,15 @@ class Registry:
                 self.direct_port = free_port()
             self.config_path.write_text(json.dumps(self._config(), indent=2))
 
+            command = [binary, "serve", str(self.config_path)]
             with open(self.log_path, "ab") as log:
-                command = [binary, "serve", str(self.config_path)]
                 self._process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, cwd=self.root,
-                )  # fmt: skip
+                    _with_parent_death_signal(command),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.root,
+                )
             try:
                 self._wait_ready()
                 return

@@ -10,7 +10,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -186,7 +190,7 @@ def test_requests_and_blob_gets_are_counted(
     assert registry.requests()[0].path == f"/v2/{repo}/manifests/{tag}"
     assert [(r.method, r.status) for r in registry.requests()] == [
         ("GET", 200), ("GET", 200), ("GET", 206), ("HEAD", 200), ("GET", 404),
-    ]  # fmt: skip
+    ]  # fmt: skip (one request per pair reads better)
     registry.clear_log()
     assert registry.requests() == []
 
@@ -264,6 +268,41 @@ def test_failed_start_stops_everything(tmp_path: Path) -> None:
 
     assert "token-cert.pem" in str(error.value)
     assert not broken.running and broken.pid is None
+
+
+def test_registry_does_not_outlive_a_killed_test_run(tmp_path: Path) -> None:
+    script = (
+        "import sys, time, registries\n"
+        "running = registries.Registry(registries.Path(sys.argv[1]))\n"
+        "running.start()\n"
+        "print(running.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    command = [sys.executable, "-c", script, str(tmp_path)]
+    here = Path(__file__).parent
+    child = subprocess.Popen(command, cwd=here, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        registry_pid = int(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait()
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and process_alive(registry_pid):
+        time.sleep(0.05)
+    survived = process_alive(registry_pid)
+    if survived:
+        os.kill(registry_pid, signal.SIGTERM)
+    assert not survived, "the registry outlived the process that started it"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
 
 
 def test_missing_tool_says_what_to_install() -> None:
