@@ -235,6 +235,7 @@ class BlobSpace:
                 break
             if info.key == keep:
                 continue
+            started = time.perf_counter()
             doomed = os.path.join(self._tmp, f"evicted.{info.key}.{secrets.token_hex(4)}")
             try:
                 os.rename(self.tree_dir(info.key), doomed)
@@ -243,9 +244,11 @@ class BlobSpace:
             _remove_tree(doomed)
             total -= info.bytes
             evicted.append(info)
-            log.info("evicted %s (%s, %d bytes); blob space now %d of %d bytes",
-                     info.reference, info.manifest_digest, info.bytes, total,
-                     self.max_size_bytes)
+            log.info(
+                "evicted %s (%s): %d bytes in %.2fs; blob space now %d of %d bytes",
+                info.reference, info.manifest_digest, info.bytes,
+                time.perf_counter() - started, total, self.max_size_bytes,
+            )
         return Collection(tuple(evicted), len(infos) - len(evicted), total)
 
     def _last_used(self, info: TreeInfo) -> float:
