@@ -140,6 +140,7 @@ def test_eviction_prefers_least_recently_used(tmp_path) -> None:
 
 
 def test_readers_never_see_part_of_an_evicted_tree(tmp_path) -> None:
+    """While a tree stays published at its path, every one of its files opens."""
     space = BlobSpace(str(tmp_path), 1)
     files = [f"f{n}" for n in range(50)]
 
@@ -154,13 +155,24 @@ def test_readers_never_see_part_of_an_evicted_tree(tmp_path) -> None:
 
     def reader(key: str) -> None:
         while not stop.is_set():
-            root = space.root(key)
             try:
-                present = os.listdir(root)
+                before = os.stat(space.tree_dir(key)).st_ino
             except FileNotFoundError:
                 continue
-            if present and sorted(present) != sorted(files):
-                partial.append(len(present))
+            opened = 0
+            for name in files:
+                try:
+                    with open(os.path.join(space.root(key), name), "rb") as handle:
+                        assert handle.read() == b"y" * 10
+                    opened += 1
+                except FileNotFoundError:
+                    pass
+            try:
+                after = os.stat(space.tree_dir(key)).st_ino
+            except FileNotFoundError:
+                continue
+            if before == after and opened != len(files):
+                partial.append(opened)
 
     keys = [tree_key(image(x)) for x in "abc"]
     threads = [threading.Thread(target=reader, args=(k,)) for k in keys]
