@@ -220,6 +220,17 @@ class RegistryClient:
         if response.ok:
             return response
         response.close()
+        if response.status_code in (401, 403):
+            credentials = self._credentials.get(ref.registry)
+            hint = "no credentials for it" if credentials is None else "its credentials"
+            message = (
+                f"{context}: registry {ref.registry} refused access "
+                f"({response.status_code}) with {hint} in dockerAuth"
+            )
+            raise Unauthorized(
+                message, reference=str(ref), digest=digest,
+                upstream_status=response.status_code,
+            )
         raise _status_error(response, context, str(ref), digest)
 
     def _send_with_retries(
