@@ -402,3 +402,18 @@ def test_credentials_repr_hides_the_password(
     assert credentials is not None and credentials.password == password
     assert password not in repr(credentials) and user in repr(credentials)
 
+
+
+def test_token_cache_forgets_tokens_before_they_expire() -> None:
+    from blobserve.oci.auth import TokenCache
+
+    now = [1000.0]
+    cache = TokenCache(clock=lambda: now[0])
+    cache.put("r.test", "repository:a:pull", "tok", expires_in=60)
+
+    assert cache.get("r.test", "repository:a:pull") == "tok"
+    assert cache.get("r.test", "repository:b:pull") is None
+    now[0] += 49
+    assert cache.get("r.test", "repository:a:pull") == "tok"
+    now[0] += 2
+    assert cache.get("r.test", "repository:a:pull") is None
