@@ -162,7 +162,10 @@ class Config:
         The name is normalised first, so "alpine" finds "docker.io/library/alpine".
         Raises InvalidReference if name is not a valid repository name.
         """
-        return self.repos.get(normalize_name(name))
+        repo = self.repos.get(name)
+        if repo is None:
+            repo = self.repos.get(normalize_name(name))
+        return repo
 
     @property
     def platform_os(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -164,7 +165,7 @@ def _locate(tree: Tree, workdir: str, inner: str) -> str:
     if any(part in (".", "..") or "\\" in part for part in parts):
         raise NotFound(f"{inner!r} is not a valid path")
 
-    base = os.path.realpath(os.path.join(tree.root, workdir.lstrip("/")))
+    base = _served_root(tree.root, workdir)
     if not os.path.isdir(tree.root):
         raise _TreeVanished()
     candidate = os.path.realpath(os.path.join(base, inner))
@@ -177,6 +178,12 @@ def _locate(tree: Tree, workdir: str, inner: str) -> str:
             raise _TreeVanished()
         raise NotFound(f"{inner or '/'} is not in {tree.reference}")
     return candidate
+
+
+@functools.lru_cache(maxsize=256)
+def _served_root(root: str, workdir: str) -> str:
+    """The real path of a tree's workdir; trees are published under fixed paths."""
+    return os.path.realpath(os.path.join(root, workdir.lstrip("/")))
 
 
 def _send_inlined(tree: Tree, path: str, inline: tuple, variables: str) -> Response:

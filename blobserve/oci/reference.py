@@ -15,6 +15,8 @@ Deliberate differences from distribution/reference:
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 import re
 from dataclasses import dataclass, replace
@@ -111,6 +113,7 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry, repository, tag, digest)
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_name(text: str) -> str:
     """Return the canonical "registry/repository" name for a name without a version.
 
