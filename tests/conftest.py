@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from registries import (
     build_and_push,
     unique_repo,
 )
+from servers import Gunicorn
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +88,23 @@ def image_factory(request: pytest.FixtureRequest, tmp_path: Path) -> ImageFactor
         )
 
     return make
+
+
+@pytest.fixture
+def gunicorn_factory(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    """Start blobserve under gunicorn: ``gunicorn_factory(config, workers=2, ...)``.
+
+    Takes the arguments of ``servers.Gunicorn`` after ``tmp_path`` and returns the
+    running server; every server started is stopped when the test ends.
+    """
+    started: list[Gunicorn] = []
+
+    def start(config: dict[str, Any] | None, **kwargs: Any) -> Gunicorn:
+        server = Gunicorn(config, tmp_path, **kwargs)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
