@@ -48,7 +48,7 @@ control_socket_disable = True
 
 accesslog = "-"
 access_log_format = (
-    '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s" pid=%(p)s'
+    '%(p)s %(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s"'
 )
 logconfig_dict = logging_config(_config.json_logs)
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TOUCH_INTERVAL = 60.0
 BUILD_LOCK_TIMEOUT = 3600.0
+GC_LOCK_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,13 @@ class BlobSpace:
     def collect_garbage(self, keep: str | None = None) -> Collection | None:
         """Evict least recently used trees until the total fits.
 
-        Only one process collects at a time: the others get None at once. ``keep``
-        is never evicted. Trees are renamed into tmp/ before they are deleted, so
-        no reader ever sees part of a tree.
+        One process collects at a time; the others wait their turn, so every
+        publish is followed by a collection that sees it. None when the lock could
+        not be had within GC_LOCK_TIMEOUT. ``keep`` is never evicted. Trees are
+        renamed into tmp/ before they are deleted, so no reader ever sees part of
+        a tree.
         """
-        lock = FileLock(os.path.join(self._locks, "gc.lock"), blocking=False)
+        lock = FileLock(os.path.join(self._locks, "gc.lock"), timeout=GC_LOCK_TIMEOUT)
         try:
             lock.acquire()
         except Timeout:

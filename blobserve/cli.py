@@ -32,7 +32,10 @@ def prefetch_command(images: tuple[str, ...]) -> None:
             tree = service.puller.pull(ref, _progress(text, started))
         except (BlobserveError, OSError) as exc:
             _clear_progress()
-            click.echo(f"{text}: failed: {exc}", err=True)
+            reason = str(exc)
+            if not reason.startswith(text):
+                reason = f"{text}: {reason}"
+            click.echo(f"failed: {reason}", err=True)
             failures.append(text)
             continue
         _clear_progress()
@@ -42,7 +45,7 @@ def prefetch_command(images: tuple[str, ...]) -> None:
         click.echo(f"{ref}\t{tree.image.manifest_digest}\t{size}\t{seconds:.2f}s")
 
     if failures:
-        raise click.ClickException(f"{len(failures)} of {len(images)} images failed")
+        click.get_current_context().exit(1)
 
 
 def _progress(text: str, started: float) -> Callable[[int], None] | None:

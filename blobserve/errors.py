@@ -103,3 +103,9 @@ class PullPending(BlobserveError):
     """The image is still being pulled; the caller should retry later."""
 
     status = 503
+
+
+class PullInterrupted(BlobserveError):
+    """The pull stopped for a reason of ours (its process died); a retry may work."""
+
+    status = 503

@@ -92,15 +92,23 @@ class Readiness:
     """Whether this process should receive traffic; cheap to ask, never blocking.
 
     Not ready until every `prePull` image is in the blob space, nor while a
-    registry in use cannot be reached. Registries are checked in the background
-    at most every REGISTRY_CHECK_INTERVAL seconds; a probe only reads the result.
+    registry in use cannot be reached. Registries are checked in the background,
+    when probes come, at most every REGISTRY_CHECK_INTERVAL seconds; a probe only
+    reads the last result (none yet counts as not ready).
     """
 
     def __init__(self, service: Service) -> None:
         self._service = service
         self._prepulls: dict[str, Future[Tree]] = {}
-        self._registry_problem: str | None = None
-        self._checked = 0.0
+        self._registries = sorted({
+            parse_reference(f"{name}:probe").registry
+            for name in service.config.repos
+            if name not in service.config.layouts
+        })
+        self._registry_problem: str | None = (
+            "registries not checked yet" if self._registries else None
+        )
+        self._checked = -REGISTRY_CHECK_INTERVAL
         self._checking = threading.Lock()
 
     def start(self) -> None:
@@ -125,6 +133,8 @@ class Readiness:
         self._prepulls[name] = self._service.puller.submit(ref)
 
     def _maybe_check_registries(self) -> None:
+        if not self._registries:
+            return
         if time.monotonic() - self._checked < REGISTRY_CHECK_INTERVAL:
             return
         if not self._checking.acquire(blocking=False):
@@ -135,15 +145,9 @@ class Readiness:
 
     def _check_registries(self) -> None:
         try:
-            config = self._service.config
             sources = self._service.puller.sources
-            registries = {
-                parse_reference(f"{name}:probe").registry
-                for name in config.repos
-                if name not in config.layouts
-            }
             problem = None
-            for registry in sorted(registries):
+            for registry in self._registries:
                 try:
                     sources.registry.ping(registry)
                 except BlobserveError as exc:

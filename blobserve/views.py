@@ -14,7 +14,7 @@ import re
 from flask import Blueprint, Response, current_app, request, send_file
 from werkzeug.exceptions import HTTPException
 
-from .errors import BlobserveError, InvalidReference, NotAllowed, NotFound, PullPending
+from .errors import BlobserveError, InvalidReference, NotAllowed, NotFound
 from .oci.reference import Reference, split_request_path
 from .service import Service
 from .workers import Tree
@@ -236,7 +236,7 @@ def blobserve_error(error: BlobserveError) -> Response:
     if error.status >= 500:
         log.warning("%s %s: %s", request.method, request.path, error)
     response = _text(error.message, error.status)
-    if isinstance(error, PullPending):
+    if error.status == 503:
         response.headers["Retry-After"] = "2"
     return response
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cache import BlobSpace, tree_key
-from .errors import BlobserveError, PullPending
+from .errors import BlobserveError, PullInterrupted, PullPending
 from .logs import TEXT_FORMAT
 from .oci.reference import Reference, parse_reference
 from .oci.registry import Observer
@@ -283,7 +283,7 @@ class Puller:
 
         if child.returncode != 0 or not output:
             message = f"{ref}: the unpacking process died (exit status {child.returncode})"
-            raise BlobserveError(message, reference=str(ref))
+            raise PullInterrupted(message, reference=str(ref))
         succeeded, payload = pickle.loads(output)
         if not succeeded:
             raise payload
