@@ -47,9 +47,7 @@ keepalive = 5
 control_socket_disable = True
 
 accesslog = "-"
-access_log_format = (
-    '%(p)s %(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s"'
-)
+access_log_format = '%(p)s %(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s"'
 logconfig_dict = logging_config(_config.json_logs)
 
 
@@ -63,7 +61,9 @@ def when_ready(server):
         from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
         host, _, port = _config.prometheus_addr.rpartition(":")
-        GunicornPrometheusMetrics.start_http_server_when_ready(int(port), host or "0.0.0.0")
+        GunicornPrometheusMetrics.start_http_server_when_ready(
+            int(port), host or "0.0.0.0"
+        )
         server.log.info("metrics on http://%s/metrics", _config.prometheus_addr)
     for address in server.cfg.bind:
         host, _, port = address.rpartition(":")
@@ -72,10 +72,8 @@ def when_ready(server):
     if not os.environ.get("BLOBSERVE_CONFIG"):
         host, _, port = server.cfg.bind[0].rpartition(":")
         host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        print(
-            f"blobserve demo: open http://{host}:{port}/demo.local/blobserve/demo:latest/",
-            flush=True,
-        )
+        demo = f"http://{host}:{port}/demo.local/blobserve/demo:latest/"
+        print(f"blobserve demo: open {demo}", flush=True)
 
 
 def post_worker_init(worker):
@@ -91,5 +89,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if _metrics_dir.startswith(os.path.join(tempfile.gettempdir(), "blobserve-metrics.")):
+    if _metrics_dir.startswith(
+        os.path.join(tempfile.gettempdir(), "blobserve-metrics.")
+    ):
         shutil.rmtree(_metrics_dir, ignore_errors=True)

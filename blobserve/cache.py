@@ -239,7 +239,9 @@ class BlobSpace:
             if info.key == keep:
                 continue
             started = time.perf_counter()
-            doomed = os.path.join(self._tmp, f"evicted.{info.key}.{secrets.token_hex(4)}")
+            doomed = os.path.join(
+                self._tmp, f"evicted.{info.key}.{secrets.token_hex(4)}"
+            )
             try:
                 os.rename(self.tree_dir(info.key), doomed)
             except FileNotFoundError:
@@ -249,8 +251,12 @@ class BlobSpace:
             evicted.append(info)
             log.info(
                 "evicted %s (%s): %d bytes in %.2fs; blob space now %d of %d bytes",
-                info.reference, info.manifest_digest, info.bytes,
-                time.perf_counter() - started, total, self.max_size_bytes,
+                info.reference,
+                info.manifest_digest,
+                info.bytes,
+                time.perf_counter() - started,
+                total,
+                self.max_size_bytes,
             )
         return Collection(tuple(evicted), len(infos) - len(evicted), total)
 

@@ -21,7 +21,7 @@ PROGRESS_INTERVAL = 0.2
 @click.argument("images", nargs=-1, required=True)
 @with_appcontext
 def prefetch_command(images: tuple[str, ...]) -> None:
-    """Pull IMAGES into the configured blob space (reference, digest, bytes, seconds)."""
+    """Pull IMAGES into the blob space; print reference, digest, bytes, seconds."""
     service = current_app.extensions["blobserve"]
     failures = []
 

@@ -1,4 +1,4 @@
-"""Logging setup shared by gunicorn.conf.py and the CLI: one line per event, with pid."""
+"""Logging setup for gunicorn.conf.py: one line per event, with the pid."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def logging_config(json_lines: bool, level: str = "INFO") -> dict[str, Any]:
     formatter: dict[str, Any] = (
         {"()": JsonFormatter} if json_lines else {"format": TEXT_FORMAT}
     )
-    access: dict[str, Any] = {"()": JsonFormatter} if json_lines else {"format": "%(message)s"}
+    access: dict[str, Any] = (
+        {"()": JsonFormatter} if json_lines else {"format": "%(message)s"}
+    )
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -51,8 +53,16 @@ def logging_config(json_lines: bool, level: str = "INFO") -> dict[str, Any]:
         },
         "root": {"level": level, "handlers": ["console"]},
         "loggers": {
-            "gunicorn.error": {"level": level, "handlers": ["console"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+            "gunicorn.error": {
+                "level": level,
+                "handlers": ["console"],
+                "propagate": False,
+            },
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["access"],
+                "propagate": False,
+            },
             "urllib3": {"level": "WARNING"},
             "filelock": {"level": "WARNING"},
         },

@@ -87,10 +87,14 @@ def ready() -> Response:
 # -- files ----------------------------------------------------------------------
 
 
-@bp.route("/", defaults={"path": ""}, methods=["GET", "HEAD", "POST", "PUT", "DELETE",
-                                                  "PATCH", "OPTIONS"])
-@bp.route("/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
-                                   "OPTIONS"])
+@bp.route(
+    "/",
+    defaults={"path": ""},
+    methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
+)
+@bp.route(
+    "/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+)
 def serve(path: str) -> Response:
     """Serve `/<reference>/<path inside the image>`."""
     if request.method not in SERVED_METHODS:
@@ -200,14 +204,20 @@ def _send_inlined(tree: Tree, path: str, inline: tuple, variables: str) -> Respo
     except FileNotFoundError:
         raise _TreeVanished() from None
     for edit in inline:
-        replacement = _VAR.sub(lambda m: str(values.get(m.group(1), "")), edit.replacement)
+        replacement = _VAR.sub(
+            lambda m: str(values.get(m.group(1), "")), edit.replacement
+        )
         content = content.replace(edit.search, replacement)
 
     body = content.encode("utf-8", errors="surrogateescape")
     etag = tree.key + "-" + hashlib.sha256(variables.encode()).hexdigest()[:16]
     response = send_file(
-        io.BytesIO(body), mimetype=content_type("index.html"), etag=etag,
-        conditional=True, download_name="index.html", max_age=0,
+        io.BytesIO(body),
+        mimetype=content_type("index.html"),
+        etag=etag,
+        conditional=True,
+        download_name="index.html",
+        max_age=0,
     )
     response.headers.pop("Content-Disposition", None)
     response.headers["Cache-Control"] = "no-cache"

@@ -195,7 +195,9 @@ class Puller:
 
     # -- pulling ---------------------------------------------------------------
 
-    def pull(self, ref: Reference, progress: Callable[[int], None] | None = None) -> Tree:
+    def pull(
+        self, ref: Reference, progress: Callable[[int], None] | None = None
+    ) -> Tree:
         """Pull ref in the calling thread and process, reporting bytes read.
 
         For callers that serve no requests (the CLI): no pool, no child process.
@@ -245,8 +247,13 @@ class Puller:
         try:
             if inline or not self.settings.isolate:
                 result = unpack_image(
-                    self.sources, ref, image, dest, self.settings.limits,
-                    replacements, progress,
+                    self.sources,
+                    ref,
+                    image,
+                    dest,
+                    self.settings.limits,
+                    replacements,
+                    progress,
                 )
             else:
                 result = self._unpack_in_child(ref, image, dest, replacements)
@@ -258,15 +265,31 @@ class Puller:
 
         log.info(
             "pulled %s (%s): %d layers, %d bytes pulled, %d bytes in %d entries, %.2fs",
-            ref, image.manifest_digest, len(image.layers), result.pulled,
-            result.bytes, result.entries, result.seconds,
+            ref,
+            image.manifest_digest,
+            len(image.layers),
+            result.pulled,
+            result.bytes,
+            result.entries,
+            result.seconds,
         )
         return result.bytes, result.entries
 
     def _unpack_in_child(
-        self, ref: Reference, image: ResolvedImage, dest: str, replacements: Replacements
+        self,
+        ref: Reference,
+        image: ResolvedImage,
+        dest: str,
+        replacements: Replacements,
     ) -> UnpackResult:
-        job = (self.settings.spec, str(ref), image, dest, self.settings.limits, replacements)
+        job = (
+            self.settings.spec,
+            str(ref),
+            image,
+            dest,
+            self.settings.limits,
+            replacements,
+        )
         child = subprocess.Popen(
             [sys.executable, "-m", "blobserve.workers"],
             stdin=subprocess.PIPE,
@@ -282,7 +305,9 @@ class Puller:
                 self._children.discard(child)
 
         if child.returncode != 0 or not output:
-            message = f"{ref}: the unpacking process died (exit status {child.returncode})"
+            message = (
+                f"{ref}: the unpacking process died (exit status {child.returncode})"
+            )
             raise PullInterrupted(message, reference=str(ref))
         succeeded, payload = pickle.loads(output)
         if not succeeded:
@@ -328,7 +353,8 @@ def _child_main() -> int:
     try:
         ref = parse_reference(reference)
         result: tuple[bool, object] = (
-            True, unpack_image(sources, ref, image, dest, limits, replacements),
+            True,
+            unpack_image(sources, ref, image, dest, limits, replacements),
         )
     except BlobserveError as exc:
         result = (False, exc)

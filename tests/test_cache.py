@@ -19,7 +19,9 @@ def image(*layers: str) -> ResolvedImage:
         Descriptor("application/vnd.oci.image.layer.v1.tar", f"sha256:{d * 64}", 1)
         for d in layers
     )
-    config = Descriptor("application/vnd.oci.image.config.v1+json", "sha256:" + "c" * 64, 2)
+    config = Descriptor(
+        "application/vnd.oci.image.config.v1+json", "sha256:" + "c" * 64, 2
+    )
     return ResolvedImage("r.test/a:1", "sha256:" + "9" * 64, "m", config, descriptors)
 
 

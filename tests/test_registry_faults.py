@@ -33,13 +33,20 @@ LAYER = Descriptor(
 
 
 def manifest() -> bytes:
-    return json.dumps({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "x", "digest": "sha256:" + "c" * 64, "size": 2},
-        "layers": [{"mediaType": LAYER.media_type, "digest": LAYER.digest,
-                    "size": LAYER.size}],
-    }).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": "x", "digest": "sha256:" + "c" * 64, "size": 2},
+            "layers": [
+                {
+                    "mediaType": LAYER.media_type,
+                    "digest": LAYER.digest,
+                    "size": LAYER.size,
+                }
+            ],
+        }
+    ).encode()
 
 
 class Sleeps(list):
@@ -48,7 +55,9 @@ class Sleeps(list):
 
 
 def client(sleeps: Sleeps | None = None, **options) -> RegistryClient:
-    return RegistryClient(ClientOptions(**options), sleep=Sleeps() if sleeps is None else sleeps)
+    return RegistryClient(
+        ClientOptions(**options), sleep=Sleeps() if sleeps is None else sleeps
+    )
 
 
 @responses.activate
@@ -173,8 +182,11 @@ def test_connection_reset_mid_blob_resumes_with_a_range() -> None:
     ranges = []
 
     def first(request):
-        return (200, {"Content-Length": str(len(BLOB))},
-                io.BufferedReader(BreakingRaw(BLOB, 5000)))
+        return (
+            200,
+            {"Content-Length": str(len(BLOB))},
+            io.BufferedReader(BreakingRaw(BLOB, 5000)),
+        )
 
     responses.add_callback(responses.GET, url, callback=first)
 
@@ -239,7 +251,8 @@ def test_token_rejected_after_expiry_is_fetched_again() -> None:
 @responses.activate
 def test_basic_challenge_without_credentials_is_unauthorized() -> None:
     responses.get(
-        f"{BASE}/manifests/v1", status=401,
+        f"{BASE}/manifests/v1",
+        status=401,
         headers={"WWW-Authenticate": 'Basic realm="registry"'},
     )
 

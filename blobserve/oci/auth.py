@@ -120,8 +120,11 @@ class CredentialStore:
         self._signature = signature
         self._auths, self._helpers, self._store = auths, helpers, store
         self._helper_cache.clear()
-        log.info("loaded registry credentials for %d registries from %s",
-                 len(auths) + len(helpers), self._path)
+        log.info(
+            "loaded registry credentials for %d registries from %s",
+            len(auths) + len(helpers),
+            self._path,
+        )
 
     def _report_once(self, signature: tuple[int, int, int], *args: object) -> None:
         if self._reported != signature:
@@ -156,13 +159,17 @@ def run_credential_helper(helper: str, server: str) -> Credentials | None:
 
     if done.returncode != 0:
         reason = done.stdout.decode(errors="replace").strip()[:200]
-        log.warning("credential helper %s has nothing for %s: %s", program, server, reason)
+        log.warning(
+            "credential helper %s has nothing for %s: %s", program, server, reason
+        )
         return None
     try:
         answer = json.loads(done.stdout)
         return Credentials(str(answer["Username"]), str(answer["Secret"]))
     except (ValueError, KeyError, TypeError):
-        log.error("credential helper %s gave an unreadable answer for %s", program, server)
+        log.error(
+            "credential helper %s gave an unreadable answer for %s", program, server
+        )
         return None
 
 
@@ -193,7 +200,9 @@ def _entry_credentials(server: str, entry: object) -> Credentials | None:
         try:
             decoded = base64.b64decode(entry["auth"], validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise ValueError(f"auths entry {server!r} has an invalid auth field") from None
+            raise ValueError(
+                f"auths entry {server!r} has an invalid auth field"
+            ) from None
         username, sep, password = decoded.partition(":")
         if not sep:
             raise ValueError(f"auths entry {server!r}: auth is not user:password")

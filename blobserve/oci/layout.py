@@ -30,7 +30,10 @@ class LayoutSource:
         """Resolve a tag or digest in the layout; NotFound when it is not there."""
         target = ref.digest or self._tag_digest(ref)
         return resolve_image(
-            str(ref), target, target, lambda digest: self._manifest(ref, digest),
+            str(ref),
+            target,
+            target,
+            lambda digest: self._manifest(ref, digest),
             self._platform,
         )
 
@@ -45,7 +48,9 @@ class LayoutSource:
         """Open a blob file as a stream checked against its descriptor."""
         handle = open(self._blob_path(ref, descriptor.digest), "rb")
         try:
-            return VerifyingReader(handle, descriptor, max_bytes=max_bytes, on_read=on_read)
+            return VerifyingReader(
+                handle, descriptor, max_bytes=max_bytes, on_read=on_read
+            )
         except BaseException:
             handle.close()
             raise

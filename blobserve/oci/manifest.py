@@ -23,9 +23,7 @@ from .types import (
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 MAX_INDEX_DEPTH = 4
 
-_FOREIGN_TYPES = (
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-)
+_FOREIGN_TYPES = ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",)
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,9 @@ def resolve_image(
     return image_from_manifest(reference, manifest)
 
 
-def _check_digest(reference: str, expected: str | None, manifest: ParsedManifest) -> None:
+def _check_digest(
+    reference: str, expected: str | None, manifest: ParsedManifest
+) -> None:
     if expected is not None and manifest.digest != expected:
         message = (
             f"{reference}: manifest content has digest {manifest.digest}, "

@@ -44,7 +44,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CHUNK = 1 << 20
 
 Observer = Callable[[str, str, float], None]
-"""Called once per HTTP request with its method, status code (or "error") and seconds."""
+"""Called once per HTTP request: method, status code (or "error"), seconds."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,9 @@ class ObservingAdapter(HTTPAdapter):
         super().__init__(**kwargs)
         self._observe = observe
 
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+    def send(
+        self, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
         started = time.perf_counter()
         code = "error"
         try:
@@ -131,7 +133,9 @@ class RegistryClient:
         """
         raw = _ResumingBlob(self, ref, descriptor)
         try:
-            return VerifyingReader(raw, descriptor, max_bytes=max_bytes, on_read=on_read)
+            return VerifyingReader(
+                raw, descriptor, max_bytes=max_bytes, on_read=on_read
+            )
         except BlobserveError:
             raw.close()
             raise
@@ -142,7 +146,9 @@ class RegistryClient:
         try:
             response = self._session().get(url, timeout=self._timeouts())
         except requests.RequestException as exc:
-            raise UpstreamFailed(f"registry {registry} cannot be reached: {exc}") from None
+            raise UpstreamFailed(
+                f"registry {registry} cannot be reached: {exc}"
+            ) from None
         response.close()
         if response.status_code not in (200, 401):
             message = f"registry {registry} answered /v2/ with {response.status_code}"
@@ -228,7 +234,9 @@ class RegistryClient:
                 f"({response.status_code}) with {hint} in dockerAuth"
             )
             raise Unauthorized(
-                message, reference=str(ref), digest=digest,
+                message,
+                reference=str(ref),
+                digest=digest,
                 upstream_status=response.status_code,
             )
         raise _status_error(response, context, str(ref), digest)
@@ -249,7 +257,10 @@ class RegistryClient:
                 self._pause(attempt, None, context, str(exc))
                 continue
 
-            if response.status_code in RETRY_STATUSES and attempt < self.options.retries:
+            if (
+                response.status_code in RETRY_STATUSES
+                and attempt < self.options.retries
+            ):
                 attempt += 1
                 retry_after = response.headers.get("Retry-After")
                 response.close()
@@ -262,7 +273,9 @@ class RegistryClient:
     ) -> None:
         delay = _retry_after_seconds(retry_after)
         if delay is None:
-            delay = self.options.backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25)
+            delay = (
+                self.options.backoff * 2 ** (attempt - 1) * random.uniform(0.75, 1.25)
+            )
         delay = min(delay, self.options.max_retry_after)
         log.warning("%s: %s; retry %d in %.1fs", context, why, attempt, delay)
         self._sleep(delay)
@@ -293,7 +306,9 @@ class RegistryClient:
             self._schemes[registry] = "basic"
             return
         hint = "no credentials for it" if credentials is None else "its credentials"
-        message = f"{context}: registry {registry} refused access with {hint} in dockerAuth"
+        message = (
+            f"{context}: registry {registry} refused access with {hint} in dockerAuth"
+        )
         raise Unauthorized(message, reference=context)
 
     def _fetch_token(
@@ -320,7 +335,9 @@ class RegistryClient:
         except requests.RequestException as exc:
             raise _transport_error(exc, f"{context}: token endpoint") from None
         if response.status_code in (401, 403):
-            message = f"{context}: the token endpoint of {registry} refused the credentials"
+            message = (
+                f"{context}: the token endpoint of {registry} refused the credentials"
+            )
             raise Unauthorized(message, upstream_status=response.status_code)
         if not response.ok:
             raise _status_error(response, f"{context}: token endpoint", context, None)
@@ -377,7 +394,11 @@ class _ResumingBlob:
         while True:
             try:
                 data = self._response.raw.read(size if size >= 0 else None)
-            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            except (
+                urllib3.exceptions.HTTPError,
+                requests.RequestException,
+                OSError,
+            ) as exc:
                 self._resume(exc)
                 continue
             self._offset += len(data)
@@ -392,7 +413,9 @@ class _ResumingBlob:
         if self._resumes >= self._client.options.retries:
             raise _transport_error(exc, context) from None
         self._resumes += 1
-        log.warning("%s: broke off at byte %d (%s); resuming", context, self._offset, exc)
+        log.warning(
+            "%s: broke off at byte %d (%s); resuming", context, self._offset, exc
+        )
 
         response = self._client.get_blob(self._ref, self._descriptor, self._offset)
         if response.status_code == 200 and self._offset:

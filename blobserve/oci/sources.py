@@ -1,4 +1,4 @@
-"""Where an image comes from: a registry, or a local OCI layout for some repositories."""
+"""Where an image comes from: a registry, or a local OCI layout for some repos."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class Sources:
             spec.options, CredentialStore(spec.docker_auth), observe=observe
         )
         self._layouts = {
-            name: LayoutSource(path, spec.options.platform) for name, path in spec.layouts
+            name: LayoutSource(path, spec.options.platform)
+            for name, path in spec.layouts
         }
 
     def for_ref(self, ref: Reference) -> ImageSource:

@@ -32,7 +32,7 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, data: Any, context: str) -> "Descriptor":
-        """Build a descriptor from manifest JSON, raising InvalidContent if malformed."""
+        """A descriptor from manifest JSON; InvalidContent if it is malformed."""
         try:
             digest = data["digest"]
             size = data["size"]
