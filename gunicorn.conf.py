@@ -54,6 +54,11 @@ logconfig_dict = logging_config(_config.json_logs)
 def on_starting(server):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
+    # A --bind on the command line replaces the list above; keep the probe listener.
+    if _config.readiness_probe_addr:
+        probe = _listen_address(_config.readiness_probe_addr)
+        if probe not in server.cfg.bind:
+            server.cfg.set("bind", [*server.cfg.bind, probe])
 
 
 def when_ready(server):

@@ -86,6 +86,7 @@ class Service:
                 return
             self._started = True
         self.readiness.start()
+        self.puller.submit_task(self.puller.collect_garbage)
 
 
 class Readiness:

@@ -141,10 +141,17 @@ class Puller:
         future.add_done_callback(lambda done: self._forget(name, done))
         return future
 
-    def invalidate(self, ref: Reference) -> None:
-        """Forget this process's resolution of ref (the next use re-resolves)."""
-        with self._lock:
-            self._resolved.pop(str(ref), None)
+    def submit_task(self, task: Callable[[], object]) -> Future[object]:
+        """Run a housekeeping task on the pool (errors are logged, not raised)."""
+
+        def run() -> object:
+            try:
+                return task()
+            except (BlobserveError, OSError):
+                log.exception("background task %s failed", task)
+                return None
+
+        return self._thread_pool().submit(run)
 
     def shutdown(self) -> None:
         """Stop the pools; running pulls are abandoned."""

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import requests
 from flask import Flask
 
 from blobserve import create_app
 from blobserve.logs import JsonFormatter
 from blobserve.oci.reference import parse_reference
-from registries import Registry
+from registries import Registry, free_port
 from servers import registry_config, repo_name
 
 AppFactory = Callable[[dict[str, Any]], Flask]
@@ -155,3 +156,19 @@ def test_json_logs_setting_makes_every_log_line_json(
     messages = " ".join(entry["message"] for entry in entries)
     assert "pulled demo.local/blobserve/demo:latest" in messages
     assert "GET /demo.local/blobserve/demo:latest/missing.js" in messages
+
+
+def test_the_probe_listener_survives_a_command_line_bind(
+    gunicorn_factory: Callable[..., Any]
+) -> None:
+    probe = free_port()
+    config = {
+        "blobserve": {"repos": {}},
+        "readinessProbeAddr": f"127.0.0.1:{probe}",
+    }
+    server = gunicorn_factory(config)
+
+    response = requests.get(f"http://127.0.0.1:{probe}/live", timeout=10)
+
+    assert response.status_code == 200
+    assert server.get("/live").status_code == 200
