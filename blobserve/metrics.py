@@ -102,7 +102,10 @@ class MetricEvents(PullEvents):
 
 def init_app(app: Flask) -> None:
     """Count every response, 404, 405 and 500 included, by method and code."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        # A CLI run inside the pod inherits the variable; the directory may be new.
+        os.makedirs(directory, exist_ok=True)
         from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
         GunicornPrometheusMetrics(app, export_defaults=False)

@@ -13,7 +13,7 @@ from .errors import BlobserveError
 from .oci.reference import Reference, parse_reference
 from .oci.registry import ClientOptions, Observer
 from .oci.sources import SourceSpec
-from .workers import PullEvents, Puller, PullerSettings, Replacements, Tree
+from .workers import Puller, PullerSettings, PullEvents, Replacements, Tree
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Service:
             tag_ttl=config.tag_ttl,
             workers=config.prefetch_workers,
             isolate=isolate,
+            json_logs=config.json_logs,
         )
         self.puller = Puller(
             self.space, settings, self.replacements_for, events, observe
@@ -101,11 +102,13 @@ class Readiness:
     def __init__(self, service: Service) -> None:
         self._service = service
         self._prepulls: dict[str, Future[Tree]] = {}
-        self._registries = sorted({
-            parse_reference(f"{name}:probe").registry
-            for name in service.config.repos
-            if name not in service.config.layouts
-        })
+        self._registries = sorted(
+            {
+                parse_reference(f"{name}:probe").registry
+                for name in service.config.repos
+                if name not in service.config.layouts
+            }
+        )
         self._registry_problem: str | None = (
             "registries not checked yet" if self._registries else None
         )

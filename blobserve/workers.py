@@ -26,7 +26,7 @@ from typing import Callable
 
 from .cache import BlobSpace, tree_key
 from .errors import BlobserveError, PullInterrupted, PullPending
-from .logs import TEXT_FORMAT
+from .logs import TEXT_FORMAT, JsonFormatter
 from .oci.reference import Reference, parse_reference
 from .oci.registry import Observer
 from .oci.sources import Sources, SourceSpec, UnpackResult, unpack_image
@@ -70,6 +70,7 @@ class PullerSettings:
     tag_ttl: float
     workers: int = 2
     isolate: bool = True
+    json_logs: bool = False
 
 
 class Puller:
@@ -296,6 +297,7 @@ class Puller:
             dest,
             self.settings.limits,
             replacements,
+            self.settings.json_logs,
         )
         child = subprocess.Popen(
             [sys.executable, "-m", "blobserve.workers"],
@@ -352,10 +354,15 @@ def _child_main() -> int:
     not the serving process's; it dies with the thread that started it.
     """
     _die_with_parent()
-    logging.basicConfig(level=logging.INFO, format=TEXT_FORMAT)
+    job = pickle.load(sys.stdin.buffer)
+    spec, reference, image, dest, limits, replacements, json_logs = job
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_logs else logging.Formatter(TEXT_FORMAT)
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     from .metrics import observe_client
 
-    spec, reference, image, dest, limits, replacements = pickle.load(sys.stdin.buffer)
     sources = Sources(spec, observe_client)
     try:
         ref = parse_reference(reference)

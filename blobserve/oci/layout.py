@@ -8,7 +8,7 @@ from typing import Callable
 
 from ..errors import InvalidContent, NotFound
 from .blobs import VerifyingReader
-from .manifest import Platform, ParsedManifest, parse_manifest, resolve_image
+from .manifest import ParsedManifest, Platform, parse_manifest, resolve_image
 from .reference import Reference
 from .types import MAX_MANIFEST_BYTES, Descriptor, ResolvedImage
 

@@ -16,7 +16,6 @@ Deliberate differences from distribution/reference:
 from __future__ import annotations
 
 import functools
-
 import ipaddress
 import re
 from dataclasses import dataclass, replace

@@ -26,7 +26,7 @@ from ..errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from .auth import Challenge, CredentialStore, Credentials, TokenCache, parse_challenge
+from .auth import Challenge, Credentials, CredentialStore, TokenCache, parse_challenge
 from .blobs import VerifyingReader
 from .manifest import (
     ACCEPT,
