@@ -8,7 +8,7 @@ import time
 from typing import Callable
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from .errors import BlobserveError
@@ -73,7 +73,7 @@ def _clear_progress() -> None:
         sys.stderr.flush()
 
 
-def _create_app():  # type: ignore[no-untyped-def]
+def _create_app() -> Flask:
     from . import create_app
     from .config import ConfigError
 

@@ -6,6 +6,8 @@ boundary where they happen, so callers never see a library's own exception.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BlobserveError(Exception):
     """Root of every error blobserve raises on purpose."""
@@ -29,7 +31,7 @@ class BlobserveError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         keywords = {
             "reference": self.reference,
             "digest": self.digest,
@@ -39,7 +41,7 @@ class BlobserveError(Exception):
 
 
 def _rebuild(
-    cls: type[BlobserveError], message: str, keywords: dict
+    cls: type[BlobserveError], message: str, keywords: dict[str, Any]
 ) -> BlobserveError:
     """Recreate an error that crossed a process boundary, with all its fields."""
     return cls(message, **keywords)

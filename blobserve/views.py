@@ -14,6 +14,7 @@ import re
 from flask import Blueprint, Response, current_app, request, send_file
 from werkzeug.exceptions import HTTPException
 
+from .config import InlineStatic, RepoConfig
 from .errors import BlobserveError, InvalidReference, NotAllowed, NotFound
 from .oci.reference import Reference, split_request_path
 from .service import Service
@@ -65,7 +66,9 @@ def content_type(name: str) -> str:
 
 
 def service() -> Service:
-    return current_app.extensions["blobserve"]
+    """This process's Service, as create_app registered it."""
+    found: Service = current_app.extensions["blobserve"]
+    return found
 
 
 # -- health -------------------------------------------------------------------
@@ -119,7 +122,7 @@ def serve(path: str) -> Response:
         return _send(tree, workdir, inner)
 
 
-def _check_allowed(ref: Reference):  # type: ignore[no-untyped-def]
+def _check_allowed(ref: Reference) -> RepoConfig | None:
     config = service().config
     repo = config.repo(ref.name)
     if repo is None and not config.allow_any_repo:
@@ -190,7 +193,9 @@ def _served_root(root: str, workdir: str) -> str:
     return os.path.realpath(os.path.join(root, workdir.lstrip("/")))
 
 
-def _send_inlined(tree: Tree, path: str, inline: tuple, variables: str) -> Response:
+def _send_inlined(
+    tree: Tree, path: str, inline: tuple[InlineStatic, ...], variables: str
+) -> Response:
     try:
         values = json.loads(variables)
         if not isinstance(values, dict):

@@ -321,7 +321,8 @@ class Puller:
         succeeded, payload = pickle.loads(output)
         if not succeeded:
             raise payload
-        return payload
+        result: UnpackResult = payload
+        return result
 
     # -- plumbing ----------------------------------------------------------------
 

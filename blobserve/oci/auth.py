@@ -33,6 +33,11 @@ class Credentials:
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=<hidden>)"
 
+    def basic_header(self) -> str:
+        """The value of an Authorization header for Basic authentication."""
+        pair = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
 
 @dataclass(frozen=True)
 class Challenge:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO, Callable
+from typing import Callable, Protocol
 
 from ..errors import InvalidContent, LimitExceeded
 from .types import Descriptor
+
+
+class RawStream(Protocol):
+    """What a blob's bytes are read from: a file, or a response body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class VerifyingReader:
@@ -20,7 +28,7 @@ class VerifyingReader:
 
     def __init__(
         self,
-        raw: BinaryIO,
+        raw: RawStream,
         descriptor: Descriptor,
         *,
         max_bytes: int | None = None,
@@ -76,9 +84,7 @@ class VerifyingReader:
             pass
 
     def close(self) -> None:
-        close = getattr(self._raw, "close", None)
-        if close is not None:
-            close()
+        self._raw.close()
 
     def _verify(self) -> None:
         if self._count != self._limit:

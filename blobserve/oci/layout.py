@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import InvalidContent, NotFound
 from .blobs import VerifyingReader
@@ -66,7 +66,7 @@ class LayoutSource:
                 return str(entry["digest"])
         raise NotFound(f"{ref}: tag {ref.tag!r} is not in the layout {self.root}")
 
-    def _index(self) -> dict:
+    def _index(self) -> dict[str, Any]:
         path = os.path.join(self.root, "index.json")
         try:
             with open(path, "rb") as handle:

@@ -69,12 +69,18 @@ class ObservingAdapter(HTTPAdapter):
         self._observe = observe
 
     def send(
-        self, request: requests.PreparedRequest, **kwargs: Any
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float | None, float | None] | None = None,
+        verify: bool | str = True,
+        cert: str | tuple[str, str] | None = None,
+        proxies: dict[str, str] | None = None,
     ) -> requests.Response:
         started = time.perf_counter()
         code = "error"
         try:
-            response = super().send(request, **kwargs)
+            response = super().send(request, stream, timeout, verify, cert, proxies)
             code = str(response.status_code)
             return response
         finally:
@@ -288,10 +294,7 @@ class RegistryClient:
         if scheme == "basic":
             credentials = self._credentials.get(registry)
             if credentials is not None:
-                auth = requests.auth._basic_auth_str(  # type: ignore[attr-defined]
-                    credentials.username, credentials.password
-                )
-                return {"Authorization": auth}
+                return {"Authorization": credentials.basic_header()}
         return {}
 
     def _authenticate(
@@ -402,7 +405,7 @@ class _ResumingBlob:
                 self._resume(exc)
                 continue
             self._offset += len(data)
-            return data
+            return bytes(data)
 
     def close(self) -> None:
         self._response.close()
