@@ -91,12 +91,12 @@ class Service:
 
 
 class Readiness:
-    """Whether this process should receive traffic; cheap to ask, never blocking.
+    """Whether this process should receive traffic; cheap to ask.
 
     Not ready until every `prePull` image is in the blob space, nor while a
-    registry in use cannot be reached. Registries are checked in the background,
-    when probes come, at most every REGISTRY_CHECK_INTERVAL seconds; a probe only
-    reads the last result (none yet counts as not ready).
+    registry in use cannot be reached. The first probe checks the registries
+    itself; after that they are checked in the background, when probes come, at
+    most every REGISTRY_CHECK_INTERVAL seconds, and a probe reads the last result.
     """
 
     def __init__(self, service: Service) -> None:
@@ -109,10 +109,8 @@ class Readiness:
                 if name not in service.config.layouts
             }
         )
-        self._registry_problem: str | None = (
-            "registries not checked yet" if self._registries else None
-        )
-        self._checked = -REGISTRY_CHECK_INTERVAL
+        self._registry_problem: str | None = None
+        self._checked: float | None = None
         self._checking = threading.Lock()
 
     def start(self) -> None:
@@ -139,13 +137,21 @@ class Readiness:
     def _maybe_check_registries(self) -> None:
         if not self._registries:
             return
-        if time.monotonic() - self._checked < REGISTRY_CHECK_INTERVAL:
+        checked = self._checked
+        first = checked is None
+        if checked is not None and time.monotonic() - checked < REGISTRY_CHECK_INTERVAL:
             return
-        if not self._checking.acquire(blocking=False):
+        if not self._checking.acquire(blocking=first):
             return
+        if first and self._checked is not None:
+            self._checking.release()
+            return
+
         self._checked = time.monotonic()
-        thread = threading.Thread(target=self._check_registries, daemon=True)
-        thread.start()
+        if first:
+            self._check_registries()
+        else:
+            threading.Thread(target=self._check_registries, daemon=True).start()
 
     def _check_registries(self) -> None:
         try:

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("blobserve", __name__)
 
 SERVED_METHODS = ("GET", "HEAD")
+# Other methods are routed too, so that they get a plain 405 from this module.
+ROUTED_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 IMMUTABLE = "public, max-age=31536000, immutable"
 INLINE_VARS_HEADER = "X-BlobServe-InlineVars"
 
@@ -90,14 +92,8 @@ def ready() -> Response:
 # -- files ----------------------------------------------------------------------
 
 
-@bp.route(
-    "/",
-    defaults={"path": ""},
-    methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
-)
-@bp.route(
-    "/<path:path>", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-)
+@bp.route("/", defaults={"path": ""}, methods=ROUTED_METHODS)
+@bp.route("/<path:path>", methods=ROUTED_METHODS)
 def serve(path: str) -> Response:
     """Serve `/<reference>/<path inside the image>`."""
     if request.method not in SERVED_METHODS:
@@ -113,13 +109,12 @@ def serve(path: str) -> Response:
         return _warm(ref)
 
     tree = service().puller.get(ref, service().config.timeout)
-    workdir = repo.workdir if repo is not None else "/"
     try:
-        return _send(tree, workdir, inner)
+        return _send(tree, repo, inner)
     except _TreeVanished:
         log.info("%s: tree %s was evicted while serving; rebuilding", ref, tree.key)
         tree = service().puller.get(ref, service().config.timeout)
-        return _send(tree, workdir, inner)
+        return _send(tree, repo, inner)
 
 
 def _check_allowed(ref: Reference) -> RepoConfig | None:
@@ -142,10 +137,9 @@ class _TreeVanished(Exception):
     """The tree was evicted between finding it and opening the file."""
 
 
-def _send(tree: Tree, workdir: str, inner: str) -> Response:
-    path = _locate(tree, workdir, inner)
+def _send(tree: Tree, repo: RepoConfig | None, inner: str) -> Response:
+    path = _locate(tree, repo.workdir if repo is not None else "/", inner)
     name = os.path.basename(path)
-    repo = service().config.repo(tree.reference.name)
     inline = repo.inline_static if repo is not None else ()
     variables = request.headers.get(INLINE_VARS_HEADER)
 
@@ -260,8 +254,10 @@ def blobserve_error(error: BlobserveError) -> Response:
 def http_error(error: HTTPException) -> Response:
     response = _text(error.description or error.name, error.code or 500)
     for name, value in error.get_headers():
-        if name in ("Allow", "Content-Range"):
+        if name == "Content-Range":
             response.headers[name] = value
+    if error.code == 405:
+        response.headers["Allow"] = ", ".join(SERVED_METHODS)
     return response
 
 
