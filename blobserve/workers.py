@@ -119,8 +119,7 @@ class Puller:
             raise PullPending(message, reference=str(ref)) from None
 
     def cached(self, ref: Reference) -> Tree | None:
-        """The tree if its resolution is fresh and the tree is published; no I/O
-        beyond the file system."""
+        """The published tree of ref, if its resolution is trusted; no network."""
         resolution = self._fresh_resolution(ref)
         if resolution is None:
             return None
@@ -166,17 +165,20 @@ class Puller:
     # -- resolving -------------------------------------------------------------
 
     def _fresh_resolution(self, ref: Reference) -> ResolvedImage | None:
+        """The resolution of ref that is still trusted: this process's, or a newer
+        one another process stored; None when there is none."""
         name = str(ref)
         entry = self._resolved.get(name)
-        if entry is None:
-            entry = self.space.load_resolution(name)
-            if entry is None:
-                return None
-            self._resolved[name] = entry
-        image, resolved_at = entry
-        if ref.pinned or time.time() - resolved_at < self.settings.tag_ttl:
-            return image
-        return None
+        if entry is None or not self._trusted(ref, entry):
+            stored = self.space.load_resolution(name)
+            if stored is not None and (entry is None or stored[1] > entry[1]):
+                entry = self._resolved[name] = stored
+        if entry is None or not self._trusted(ref, entry):
+            return None
+        return entry[0]
+
+    def _trusted(self, ref: Reference, entry: tuple[ResolvedImage, float]) -> bool:
+        return ref.pinned or time.time() - entry[1] < self.settings.tag_ttl
 
     def resolve(self, ref: Reference) -> ResolvedImage:
         """A fresh resolution of ref: cached, or asked of its source and stored.
