@@ -184,7 +184,8 @@ class Puller:
         """A fresh resolution of ref: cached, or asked of its source and stored.
 
         When a tag's source fails and an older resolution exists, the older one is
-        used with a warning rather than failing the request.
+        used with a warning rather than failing the request, and trusted for
+        another tagTTL in this process, so an outage does not slow every request.
         """
         fresh = self._fresh_resolution(ref)
         if fresh is not None:
@@ -196,6 +197,8 @@ class Puller:
             if stale is None or exc.status < 500:
                 raise
             log.warning("%s: serving the resolution from before: %s", ref, exc)
+            with self._lock:
+                self._resolved[str(ref)] = (stale[0], time.time())
             return stale[0]
 
         self.space.store_resolution(str(ref), image)
