@@ -20,7 +20,7 @@ def create_app(path: str | None = None) -> Flask:
     Raises ConfigError (naming the file and field) for a bad config.
     """
     from . import metrics
-    from .cli import prefetch_command
+    from .cli import nginx_config_command, prefetch_command
     from .config import load_config
     from .service import Service
     from .views import bp
@@ -34,5 +34,6 @@ def create_app(path: str | None = None) -> Flask:
     metrics.init_app(app)
     app.register_blueprint(bp)
     app.cli.add_command(prefetch_command)
+    app.cli.add_command(nginx_config_command)
     app.before_request(service.start)
     return app

@@ -7,6 +7,8 @@ On disk, under the configured location::
     trees/<key>/meta.json   what the tree holds (image, digests, bytes, created)
     trees/<key>/used        its mtime is the last use, touched at most once a minute
     refs/<sha256>.json      a reference's resolution: manifest digest and layers
+    refs-by-path/<ref>      a link to the served root of a digest reference's tree,
+                            for a static front (nginx) to serve hits from
     tmp/                    trees being built and trees being deleted
     locks/<key>.lock        one flock per key; locks/gc.lock for eviction
 
@@ -81,7 +83,8 @@ class BlobSpace:
         self._refs = os.path.join(self.location, "refs")
         self._tmp = os.path.join(self.location, "tmp")
         self._locks = os.path.join(self.location, "locks")
-        for path in (self._trees, self._refs, self._tmp, self._locks):
+        self._links = os.path.join(self.location, "refs-by-path")
+        for path in (self._trees, self._refs, self._tmp, self._locks, self._links):
             os.makedirs(path, exist_ok=True)
         self._touched: dict[str, float] = {}
         self._touch_lock = threading.Lock()
@@ -183,6 +186,31 @@ class BlobSpace:
             if name.startswith(prefix):
                 log.info("removing %s left by a builder that died", name)
                 _remove_tree(os.path.join(self._tmp, name))
+
+    # -- links for a static front ----------------------------------------------
+
+    def link_reference(self, reference: str, key: str, workdir: str) -> None:
+        """Point `refs-by-path/<reference>` at the served root of the tree for key.
+
+        A static server (nginx) in front can then answer `/<reference>/<path>`
+        straight from disk. The link is replaced atomically; a link whose tree was
+        evicted dangles until the tree is rebuilt, and the front falls back.
+        """
+        link = os.path.join(self._links, reference)
+        if not link.startswith(self._links + os.sep) or ".." in reference.split("/"):
+            raise ValueError(f"{reference!r} cannot name a link")
+        served = os.path.join(self.root(key), workdir.strip("/"))
+        target = os.path.relpath(served.rstrip("/"), os.path.dirname(link))
+        try:
+            if os.readlink(link) == target:
+                return
+        except OSError:
+            pass
+
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        temporary = f"{link}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        os.symlink(target, temporary)
+        os.replace(temporary, link)
 
     # -- accounting and eviction -----------------------------------------------
 

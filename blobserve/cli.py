@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from .errors import BlobserveError
+from .front import nginx_config
 from .oci.reference import parse_reference
 
 PROGRESS_INTERVAL = 0.2
@@ -46,6 +47,18 @@ def prefetch_command(images: tuple[str, ...]) -> None:
 
     if failures:
         click.get_current_context().exit(1)
+
+
+@click.command("nginx-config")
+@click.option("--listen", default="8080", show_default=True, help="nginx's listen.")
+@click.option(
+    "--upstream", default=None, help="blobserve's address [127.0.0.1:<port>]."
+)
+@with_appcontext
+def nginx_config_command(listen: str, upstream: str | None) -> None:
+    """Print an nginx front that serves digest references from the blob space."""
+    config = current_app.extensions["blobserve"].config
+    click.echo(nginx_config(config, listen, upstream or f"127.0.0.1:{config.port}"))
 
 
 def _progress(text: str, started: float) -> Callable[[int], None] | None:

@@ -69,6 +69,7 @@ class Service:
             self.space, settings, self.replacements_for, events, observe
         )
         self.readiness = Readiness(self)
+        self._linked: set[tuple[str, str]] = set()
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -77,6 +78,14 @@ class Service:
         if repo is None:
             return ()
         return tuple((r.path, r.search, r.replacement) for r in repo.replacements)
+
+    def link_for_front(self, text: str, tree: Tree, workdir: str) -> None:
+        """Let a static front serve this digest reference, as the client wrote it."""
+        marker = (text, tree.key)
+        if marker in self._linked:
+            return
+        self.space.link_reference(text, tree.key, workdir)
+        self._linked.add(marker)
 
     def start(self) -> None:
         """Start pre-pulling the configured images (once per process)."""

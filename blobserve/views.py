@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import logging
-import mimetypes
 import os
 import re
 
@@ -16,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from .config import InlineStatic, RepoConfig
 from .errors import BlobserveError, InvalidReference, NotAllowed, NotFound
+from .mediatypes import content_type
 from .oci.reference import Reference, split_request_path
 from .service import Service
 from .workers import Tree
@@ -30,41 +30,7 @@ ROUTED_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 IMMUTABLE = "public, max-age=31536000, immutable"
 INLINE_VARS_HEADER = "X-BlobServe-InlineVars"
 
-# The types a web bundle needs, independent of the host's /etc/mime.types.
-CONTENT_TYPES = {
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".cjs": "text/javascript",
-    ".css": "text/css",
-    ".html": "text/html",
-    ".htm": "text/html",
-    ".svg": "image/svg+xml",
-    ".wasm": "application/wasm",
-    ".woff": "font/woff",
-    ".woff2": "font/woff2",
-    ".ttf": "font/ttf",
-    ".otf": "font/otf",
-    ".webp": "image/webp",
-    ".avif": "image/avif",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".ico": "image/vnd.microsoft.icon",
-    ".map": "application/json",
-    ".json": "application/json",
-    ".webmanifest": "application/manifest+json",
-    ".txt": "text/plain",
-    ".xml": "application/xml",
-}
 _VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
-
-
-def content_type(name: str) -> str:
-    """The media type for a file name (Werkzeug adds a charset to text types)."""
-    extension = os.path.splitext(name)[1].lower()
-    mimetype = CONTENT_TYPES.get(extension) or mimetypes.guess_type(name)[0]
-    return mimetype or "application/octet-stream"
 
 
 def service() -> Service:
@@ -109,6 +75,10 @@ def serve(path: str) -> Response:
         return _warm(ref)
 
     tree = service().puller.get(ref, service().config.timeout)
+    if ref.pinned:
+        text = request.path[1 : len(request.path) - len(inner)].strip("/")
+        workdir = repo.workdir if repo is not None else "/"
+        service().link_for_front(text, tree, workdir)
     try:
         return _send(tree, repo, inner)
     except _TreeVanished:

@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 
 declare -A packages=(
     [docker-registry]=docker-registry [skopeo]=skopeo [htpasswd]=apache2-utils
-    [zstd]=zstd [curl]=curl [openssl]=openssl
+    [zstd]=zstd [curl]=curl [openssl]=openssl [nginx]=nginx-light
 )
 missing=()
 for tool in "${!packages[@]}"; do
-    command -v "$tool" >/dev/null || missing+=("${packages[$tool]}")
+    PATH="$PATH:/usr/sbin" command -v "$tool" >/dev/null || missing+=("${packages[$tool]}")
 done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 
