@@ -26,23 +26,38 @@ from registries import (
 from servers import Gunicorn
 
 
+SESSION_REGISTRIES = pytest.StashKey[list[Registry]]()
+
+
+def _remember(request: pytest.FixtureRequest, running: Registry) -> None:
+    request.config.stash.setdefault(SESSION_REGISTRIES, []).append(running)
+
+
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
     """An anonymous docker-registry, reached at ``registry.url``."""
     with Registry(tmp_path_factory.mktemp("registry")) as running:
+        _remember(request, running)
         yield running
 
 
 @pytest.fixture(scope="session")
-def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def auth_registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
     """A docker-registry asking for htpasswd Basic auth (``.user``, ``.password``)."""
     users = {"blobserve": secrets.token_urlsafe(12)}
     with Registry(tmp_path_factory.mktemp("auth-registry"), users=users) as running:
+        _remember(request, running)
         yield running
 
 
 @pytest.fixture(scope="session")
-def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def token_registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
     """A docker-registry asking for bearer tokens from ``.token_server``.
 
     ``.user``/``.password`` may do anything; anyone may pull ``public/*``.
@@ -51,6 +66,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     users = {"blobserve": secrets.token_urlsafe(12)}
     with TokenServer(root / "token-server", users=users) as server:
         with Registry(root / "registry", token_server=server) as running:
+            _remember(request, running)
             yield running
 
 
@@ -108,3 +124,12 @@ def gunicorn_factory(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     yield start
     for server in reversed(started):
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_outlive_their_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Faults injected into a session-wide registry end with the test that made them."""
+    yield
+    for running in request.config.stash.get(SESSION_REGISTRIES, []):
+        if running.running:
+            running.clear_faults()
