@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cache import BlobSpace, tree_key
-from .errors import BlobserveError, PullInterrupted, PullPending
+from .errors import BlobserveError, NotFound, PullInterrupted, PullPending
 from .logs import TEXT_FORMAT, JsonFormatter
 from .oci.reference import Reference, parse_reference
 from .oci.registry import Observer
@@ -35,6 +35,10 @@ from .oci.types import Limits, ResolvedImage
 log = logging.getLogger(__name__)
 
 Replacements = tuple[tuple[str, str, str], ...]
+
+# How long a reference the source does not have is answered 404 without asking it
+# again, so a flood of requests for a missing tag does not reach the registry.
+MISSING_TTL = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Puller:
         self._replacements_for = replacements_for
         self._events = events or PullEvents()
         self._resolved: dict[str, tuple[ResolvedImage, float]] = {}
+        self._missing: dict[str, tuple[str, float]] = {}
         self._futures: dict[str, Future[Tree]] = {}
         self._key_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -109,6 +114,9 @@ class Puller:
         if tree is not None:
             self._events.cache_hit()
             return tree
+        missing = self._missing.get(str(ref))
+        if missing is not None and missing[1] > time.monotonic():
+            raise NotFound(missing[0], reference=str(ref))
 
         self._events.cache_miss()
         future = self.submit(ref)
@@ -192,6 +200,9 @@ class Puller:
             return fresh
         try:
             image = self.sources.for_ref(ref).resolve(ref)
+        except NotFound as exc:
+            self._remember_missing(str(ref), exc.message)
+            raise
         except BlobserveError as exc:
             stale = self._resolved.get(str(ref))
             if stale is None or exc.status < 500:
@@ -205,6 +216,15 @@ class Puller:
         with self._lock:
             self._resolved[str(ref)] = (image, time.time())
         return image
+
+    def _remember_missing(self, name: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._missing) >= 1024:
+                self._missing = {
+                    key: entry for key, entry in self._missing.items() if entry[1] > now
+                }
+            self._missing[name] = (message, now + MISSING_TTL)
 
     # -- pulling ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from blobserve.cache import BlobSpace
+from blobserve.errors import NotFound
 from blobserve.oci.reference import parse_reference
 from blobserve.oci.registry import ClientOptions
 from blobserve.oci.sources import SourceSpec
@@ -27,7 +28,9 @@ def puller_factory(registry: Registry, blob_space: Path) -> Iterator[PullerFacto
     made: list[Puller] = []
 
     def make(tag_ttl: float = 60.0, isolate: bool = False) -> Puller:
-        options = ClientOptions(insecure_registries=(registry.url,), retries=1, backoff=0)
+        options = ClientOptions(
+            insecure_registries=(registry.url,), retries=1, backoff=0
+        )
         settings = PullerSettings(
             spec=SourceSpec(options=options),
             limits=Limits(),
@@ -109,3 +112,19 @@ def test_a_failing_registry_serves_the_last_resolution(
     assert after.key == again.key == before.key
     assert (Path(after.root) / "a.txt").read_bytes() == b"a"
     assert registry.requests() == []
+
+
+def test_a_missing_tag_is_not_asked_again_at_once(
+    registry: Registry, image_factory: Callable[..., Any], puller_factory: PullerFactory
+) -> None:
+    reference, _ = image_factory({"a.txt": b"a"})
+    missing = parse_reference(reference.rpartition(":")[0] + ":no-such-tag")
+    puller = puller_factory()
+    registry.clear_log()
+
+    for _ in range(5):
+        with pytest.raises(NotFound):
+            puller.get(missing, 60)
+
+    manifests = [r for r in registry.requests() if "/manifests/" in r.path]
+    assert len(manifests) == 1
