@@ -119,7 +119,9 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, float]:
     requests.get(url, timeout=30).raise_for_status()
     done = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     if "Non-2xx" in done.stdout:
         raise SystemExit(f"{url} answered errors under load:\n{done.stdout}")
@@ -168,17 +170,36 @@ def run(
         }
     }
     (tmp / "config.json").write_text(json.dumps(config))
-    env = dict(os.environ, BLOBSERVE_CONFIG=str(tmp / "config.json"),
-               PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"))
-    gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                "--workers", "2", "--threads", "8", "--access-logfile", "/dev/null"]
+    env = dict(
+        os.environ,
+        BLOBSERVE_CONFIG=str(tmp / "config.json"),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"),
+    )
+    gunicorn = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "--workers",
+        "2",
+        "--threads",
+        "8",
+        "--access-logfile",
+        "/dev/null",
+    ]
 
     port = free_port()
     blobserve = f"http://127.0.0.1:{port}/{REPO}:v1"
-    processes.append(subprocess.Popen(
-        gunicorn + ["--bind", f"127.0.0.1:{port}", "blobserve.wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ))
+    processes.append(
+        subprocess.Popen(
+            gunicorn + ["--bind", f"127.0.0.1:{port}", "blobserve.wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     wait_for(f"http://127.0.0.1:{port}/live", processes[-1])
     warm = requests.head(blobserve, timeout=60)
     warm.raise_for_status()
@@ -190,12 +211,16 @@ def run(
     port = free_port()
     flask_url = f"http://127.0.0.1:{port}"
     (tmp / "minimal_app.py").write_text(MINIMAL_APP)
-    processes.append(subprocess.Popen(
-        gunicorn + ["--bind", f"127.0.0.1:{port}", "--chdir", str(tmp),
-                    "minimal_app:app"],
-        cwd=ROOT, env=dict(env, BENCH_ROOT=str(tree)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ))
+    processes.append(
+        subprocess.Popen(
+            gunicorn
+            + ["--bind", f"127.0.0.1:{port}", "--chdir", str(tmp), "minimal_app:app"],
+            cwd=ROOT,
+            env=dict(env, BENCH_ROOT=str(tree)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     wait_for(f"{flask_url}/index.html", processes[-1])
 
     port = free_port()
@@ -204,10 +229,13 @@ def run(
     conf.write_text(
         NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, port=port, root=tree)
     )
-    processes.append(subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ))
+    processes.append(
+        subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     wait_for(f"{nginx_url}/index.html", processes[-1])
 
     servers = {
@@ -241,23 +269,30 @@ def start_front(
         + nginx_config(config, f"127.0.0.1:{port}", upstream)
         + "}\n"
     )
-    processes.append(subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    ))
+    processes.append(
+        subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     wait_for(f"http://127.0.0.1:{port}/live", processes[-1])
     return f"http://127.0.0.1:{port}"
 
 
 def report(results: dict[str, dict[str, tuple[float, float]]]) -> None:
-    print(f"{'file':<11} {'server':<14} {'req/s':>9} {'mean ms':>8} "
-          f"{'vs nginx':>9} {'vs Flask':>9}")
+    print(
+        f"{'file':<11} {'server':<14} {'req/s':>9} {'mean ms':>8} "
+        f"{'vs nginx':>9} {'vs Flask':>9}"
+    )
     for name, by_server in results.items():
         nginx_rate = by_server["nginx"][0]
         flask_rate = by_server["minimal Flask"][0]
         for server, (rate, latency) in by_server.items():
-            print(f"{name:<11} {server:<14} {rate:>9.0f} {latency:>8.2f} "
-                  f"{rate / nginx_rate:>8.2f}x {rate / flask_rate:>8.2f}x")
+            print(
+                f"{name:<11} {server:<14} {rate:>9.0f} {latency:>8.2f} "
+                f"{rate / nginx_rate:>8.2f}x {rate / flask_rate:>8.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def _layer_tar() -> bytes:
                 with open(os.path.join(folder, name), "rb") as handle:
                     data = handle.read()
                 path = os.path.normpath(os.path.join(relative, name))
-                tar.addfile(_info(path, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+                tar.addfile(
+                    _info(path, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data)
+                )
     return buffer.getvalue()
 
 
@@ -69,20 +71,27 @@ def build() -> str:
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_blob},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            **config_blob,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}
+        ],
     }
     manifest_blob = _write_blob(json.dumps(manifest, sort_keys=True).encode())
 
     index = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": manifest["mediaType"],
-            **manifest_blob,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"org.opencontainers.image.ref.name": TAG},
-        }],
+        "manifests": [
+            {
+                "mediaType": manifest["mediaType"],
+                **manifest_blob,
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {"org.opencontainers.image.ref.name": TAG},
+            }
+        ],
     }
     with open(os.path.join(LAYOUT, "index.json"), "w") as handle:
         json.dump(index, handle, indent=2, sort_keys=True)
