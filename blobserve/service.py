@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -70,6 +71,7 @@ class Service:
         )
         self.readiness = Readiness(self)
         self._linked: set[tuple[str, str]] = set()
+        self._served_roots: dict[tuple[str, str], str] = {}
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -78,6 +80,23 @@ class Service:
         if repo is None:
             return ()
         return tuple((r.path, r.search, r.replacement) for r in repo.replacements)
+
+    def served_root(self, tree: Tree, workdir: str) -> str | None:
+        """The real path of a tree's workdir, or None when the tree is gone.
+
+        Trees are published under fixed paths, so the answer is kept once the
+        tree has been seen.
+        """
+        key = (tree.root, workdir)
+        found = self._served_roots.get(key)
+        if found is None:
+            found = os.path.realpath(os.path.join(tree.root, workdir.lstrip("/")))
+            if not os.path.isdir(tree.root):
+                return None
+            if len(self._served_roots) >= 4096:
+                self._served_roots.clear()
+            self._served_roots[key] = found
+        return found
 
     def link_for_front(self, text: str, tree: Tree, workdir: str) -> None:
         """Let a static front serve this digest reference, as the client wrote it."""

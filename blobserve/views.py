@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -136,8 +135,8 @@ def _locate(tree: Tree, workdir: str, inner: str) -> str:
     if any(part in (".", "..") or "\\" in part for part in parts):
         raise NotFound(f"{inner!r} is not a valid path")
 
-    base = _served_root(tree.root, workdir)
-    if not os.path.isdir(tree.root):
+    base = service().served_root(tree, workdir)
+    if base is None:
         raise _TreeVanished()
     candidate = os.path.realpath(os.path.join(base, inner))
     if os.path.isdir(candidate):
@@ -149,12 +148,6 @@ def _locate(tree: Tree, workdir: str, inner: str) -> str:
             raise _TreeVanished()
         raise NotFound(f"{inner or '/'} is not in {tree.reference}")
     return candidate
-
-
-@functools.lru_cache(maxsize=256)
-def _served_root(root: str, workdir: str) -> str:
-    """The real path of a tree's workdir; trees are published under fixed paths."""
-    return os.path.realpath(os.path.join(root, workdir.lstrip("/")))
 
 
 def _send_inlined(
