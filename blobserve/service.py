@@ -36,10 +36,13 @@ def prepull_references(config: Config) -> list[Reference]:
     refs = []
     for name, repo in sorted(config.repos.items()):
         for entry in repo.prepull:
-            separator = "" if entry.startswith("@") else ":"
-            if entry.startswith("sha256:"):
-                separator = "@"
-            refs.append(parse_reference(f"{name}{separator}{entry}"))
+            if entry.startswith("@"):
+                text = f"{name}{entry}"
+            elif entry.startswith("sha256:"):
+                text = f"{name}@{entry}"
+            else:
+                text = f"{name}:{entry}"
+            refs.append(parse_reference(text))
     return refs
 
 
@@ -50,7 +53,6 @@ class Service:
         self,
         config: Config,
         *,
-        isolate: bool = True,
         events: PullEvents | None = None,
         observe: Observer | None = None,
     ) -> None:
@@ -63,7 +65,6 @@ class Service:
             limits=config.limits,
             tag_ttl=config.tag_ttl,
             workers=config.prefetch_workers,
-            isolate=isolate,
             json_logs=config.json_logs,
         )
         self.puller = Puller(

@@ -43,15 +43,19 @@ def app_factory(tmp_path: Path, blob_space: Path) -> Iterator[AppFactory]:
 def test_replacements_are_applied_before_the_tree_is_published(
     registry: Registry, image_factory: Callable[..., Any], app_factory: AppFactory
 ) -> None:
-    reference, _ = image_factory({
-        "ide/product.json": b'{"url": "https://upstream.example"}',
-        "ide/index.html": b"<p>https://upstream.example</p>",
-    })
-    replacements = [{
-        "path": "/ide/product.json",
-        "search": "https://upstream.example",
-        "replacement": "https://mirror.example",
-    }]
+    reference, _ = image_factory(
+        {
+            "ide/product.json": b'{"url": "https://upstream.example"}',
+            "ide/index.html": b"<p>https://upstream.example</p>",
+        }
+    )
+    replacements = [
+        {
+            "path": "/ide/product.json",
+            "search": "https://upstream.example",
+            "replacement": "https://mirror.example",
+        }
+    ]
     repo = repo_name(reference)
     app = app_factory(registry_config(registry, {repo: {"replacements": replacements}}))
     client = app.test_client()
@@ -70,9 +74,18 @@ def test_other_replacements_make_another_tree(
     reference, _ = image_factory({"a.txt": b"colour"})
     repo = repo_name(reference)
     plain = app_factory(registry_config(registry, {repo: {}}))
-    edited = app_factory(registry_config(registry, {repo: {"replacements": [
-        {"path": "/a.txt", "search": "colour", "replacement": "color"},
-    ]}}))
+    edited = app_factory(
+        registry_config(
+            registry,
+            {
+                repo: {
+                    "replacements": [
+                        {"path": "/a.txt", "search": "colour", "replacement": "color"},
+                    ]
+                }
+            },
+        )
+    )
 
     first = plain.test_client().get(f"/{reference}/a.txt")
     second = edited.test_client().get(f"/{reference}/a.txt")
@@ -86,9 +99,16 @@ def test_a_replacement_of_a_missing_file_fails_the_pull_clearly(
 ) -> None:
     reference, _ = image_factory({"a.txt": b"x"})
     repo = repo_name(reference)
-    config = registry_config(registry, {repo: {"replacements": [
-        {"path": "/missing.json", "search": "x", "replacement": "y"},
-    ]}})
+    config = registry_config(
+        registry,
+        {
+            repo: {
+                "replacements": [
+                    {"path": "/missing.json", "search": "x", "replacement": "y"},
+                ]
+            }
+        },
+    )
     client = app_factory(config).test_client()
 
     response = client.get(f"/{reference}/a.txt")
@@ -127,15 +147,17 @@ def test_json_log_lines_are_objects_with_pid_and_message() -> None:
 
 
 def test_json_logs_setting_makes_every_log_line_json(
-    gunicorn_factory: Callable[..., Any]
+    gunicorn_factory: Callable[..., Any],
 ) -> None:
     demo = "demo.local/blobserve/demo"
     layout = Path(__file__).resolve().parent.parent / "blobserve" / "demo" / "layout"
-    config = {"blobserve": {
-        "repos": {demo: {"workdir": "/www"}},
-        "layouts": {demo: str(layout)},
-        "jsonLogs": True,
-    }}
+    config = {
+        "blobserve": {
+            "repos": {demo: {"workdir": "/www"}},
+            "layouts": {demo: str(layout)},
+            "jsonLogs": True,
+        }
+    }
     server = gunicorn_factory(config)
 
     assert server.get(f"/{demo}:latest/app.js").status_code == 200
@@ -151,7 +173,7 @@ def test_json_logs_setting_makes_every_log_line_json(
 
 
 def test_the_probe_listener_survives_a_command_line_bind(
-    gunicorn_factory: Callable[..., Any]
+    gunicorn_factory: Callable[..., Any],
 ) -> None:
     probe = free_port()
     config = {
@@ -164,3 +186,23 @@ def test_the_probe_listener_survives_a_command_line_bind(
 
     assert response.status_code == 200
     assert server.get("/live").status_code == 200
+
+
+def test_pre_pull_entries_are_tags_or_digests(tmp_path: Path) -> None:
+    from blobserve.config import parse_config
+    from blobserve.service import prepull_references
+
+    digest = "sha256:" + "a" * 64
+    config = parse_config(
+        {
+            "blobserve": {
+                "repos": {"r.test/app": {"prePull": ["v1", digest, f"@{digest}"]}}
+            }
+        }
+    )
+
+    assert [str(ref) for ref in prepull_references(config)] == [
+        "r.test/app:v1",
+        f"r.test/app@{digest}",
+        f"r.test/app@{digest}",
+    ]
