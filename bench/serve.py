@@ -229,14 +229,7 @@ def run(
     conf.write_text(
         NGINX_CONF.format(user=getpass.getuser(), tmp=tmp, port=port, root=tree)
     )
-    processes.append(
-        subprocess.Popen(
-            ["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-    wait_for(f"{nginx_url}/index.html", processes[-1])
+    start_nginx(conf, tmp, processes, f"{nginx_url}/index.html")
 
     servers = {
         "nginx": nginx_url,
@@ -269,6 +262,14 @@ def start_front(
         + nginx_config(config, f"127.0.0.1:{port}", upstream)
         + "}\n"
     )
+    start_nginx(conf, tmp, processes, f"http://127.0.0.1:{port}/live")
+    return f"http://127.0.0.1:{port}"
+
+
+def start_nginx(
+    conf: Path, tmp: Path, processes: list[subprocess.Popen[bytes]], probe: str
+) -> None:
+    """Run nginx in the foreground with conf, and wait until probe answers."""
     processes.append(
         subprocess.Popen(
             ["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
@@ -276,8 +277,7 @@ def start_front(
             stderr=subprocess.DEVNULL,
         )
     )
-    wait_for(f"http://127.0.0.1:{port}/live", processes[-1])
-    return f"http://127.0.0.1:{port}"
+    wait_for(probe, processes[-1])
 
 
 def report(results: dict[str, dict[str, tuple[float, float]]]) -> None:
