@@ -451,8 +451,21 @@ def _transport_error(exc: Exception, context: str) -> UpstreamFailed:
         exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
     )
     if timed_out:
-        return UpstreamTimeout(f"{context}: the registry timed out ({exc})")
-    return UpstreamFailed(f"{context}: the registry cannot be reached ({exc})")
+        return UpstreamTimeout(f"{context}: the registry timed out ({_reason(exc)})")
+    return UpstreamFailed(f"{context}: the registry cannot be reached ({_reason(exc)})")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error, without the pool's preamble."""
+    for _ in range(8):
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException) and exc.args:
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException) or inner is exc:
+            break
+        exc = inner
+    text = str(exc)
+    return text.split("): ", 1)[1] if "): " in text else text
 
 
 def _status_error(
