@@ -87,6 +87,14 @@ def post_worker_init(worker):
         service.start()
 
 
+def worker_exit(server, worker):
+    # Stop unpack children now rather than holding the exit until they finish; the
+    # next builder of those images removes what they left in tmp/.
+    service = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("blobserve")
+    if service is not None:
+        service.puller.shutdown()
+
+
 def child_exit(server, worker):
     from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
