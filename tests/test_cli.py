@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import subprocess
 import sysconfig
@@ -130,3 +131,38 @@ def test_prefetch_with_a_bad_config_names_the_field(
     assert "Traceback" not in result.stdout + result.stderr
     assert str(config_path) in result.stderr
     assert "blobserve.port" in result.stderr
+
+
+def test_prefetch_on_a_terminal_shows_progress(
+    registry: Registry, image_factory: ImageFactory, tmp_path: Path
+) -> None:
+    reference, built = image_factory({"big.bin": os.urandom(4 << 20)})
+    repos = {repo_name(reference): {}}
+    config = write_config(tmp_path / "config.json", registry_config(registry, repos))
+    env = {"BLOBSERVE_CONFIG": str(config), "PATH": os.environ.get("PATH", "/bin")}
+    command = [str(SCRIPTS / "blobserve"), "prefetch", reference]
+
+    parent, child = pty.openpty()
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=child, stderr=child, stdin=child
+    )
+    os.close(child)
+    output = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(parent, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(CLI_TIMEOUT) == 0
+    finally:
+        process.kill()
+        process.wait()
+        os.close(parent)
+
+    text = output.decode(errors="replace")
+    assert re.search(r"\d+\.\d MB pulled, \d+\.\ds", text), text
+    assert built.digest in text
