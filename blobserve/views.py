@@ -205,11 +205,12 @@ def _set_cache_headers(response: Response, tree: Tree) -> None:
 
 @bp.app_errorhandler(BlobserveError)
 def blobserve_error(error: BlobserveError) -> Response:
-    if error.status >= 500:
-        log.warning("%s %s: %s", request.method, request.path, error)
     response = _text(error.message, error.status)
     if error.status == 503:
+        log.debug("%s %s: %s", request.method, request.path, error)
         response.headers["Retry-After"] = "2"
+    elif error.status >= 500:
+        log.warning("%s %s: %s", request.method, request.path, error)
     return response
 
 
